@@ -29,21 +29,19 @@ fm_require_pkg(FM_CRYPTO libcrypto libssl-dev)
 fm_require_pkg(FM_PQ libpq libpq-dev)
 fm_require_pkg(FM_PNG libpng libpng-dev)
 
-# oneDNN: the CPU engine's and the trainer's compute library.
-find_package(dnnl CONFIG QUIET)
-if(dnnl_FOUND)
-  set(FM_DNNL_TARGET DNNL::dnnl)
-else()
-  find_library(FM_DNNL_LIB dnnl)
-  find_path(FM_DNNL_INCLUDE oneapi/dnnl/dnnl.h)
-  if(NOT FM_DNNL_LIB OR NOT FM_DNNL_INCLUDE)
-    message(FATAL_ERROR "fmserve needs oneDNN (Debian/Ubuntu package libdnnl-dev); run scripts/install-deps.sh")
-  endif()
-  add_library(fm_dnnl INTERFACE)
-  target_link_libraries(fm_dnnl INTERFACE ${FM_DNNL_LIB})
-  target_include_directories(fm_dnnl INTERFACE ${FM_DNNL_INCLUDE})
-  set(FM_DNNL_TARGET fm_dnnl)
+# oneDNN: the CPU engine's and the trainer's compute library. Found as a plain
+# library and header rather than through dnnl-config.cmake: Debian's package
+# is built with the OpenCL GPU runtime, and its config file then demands the
+# OpenCL development files, which fmserve never uses.
+find_library(FM_DNNL_LIB dnnl)
+find_path(FM_DNNL_INCLUDE oneapi/dnnl/dnnl.h)
+if(NOT FM_DNNL_LIB OR NOT FM_DNNL_INCLUDE)
+  message(FATAL_ERROR "fmserve needs oneDNN (Debian/Ubuntu package libdnnl-dev); run scripts/install-deps.sh")
 endif()
+add_library(fm_dnnl INTERFACE)
+target_link_libraries(fm_dnnl INTERFACE ${FM_DNNL_LIB})
+target_include_directories(fm_dnnl INTERFACE ${FM_DNNL_INCLUDE})
+set(FM_DNNL_TARGET fm_dnnl)
 
 # http_parser (nodejs/http-parser): parses requests on the health/metrics port.
 find_path(FM_HTTP_PARSER_INCLUDE http_parser.h)

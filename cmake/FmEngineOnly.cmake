@@ -41,21 +41,17 @@ fm_engine_only_lib(FM_ZLIB zlib.h zlib1g-dev NAMES z libz.so.1)
 # SHA-256 of model and data files.
 fm_engine_only_lib(FM_CRYPTO openssl/evp.h libssl-dev NAMES crypto libcrypto.so.3)
 
-# oneDNN: the CPU engine.
-find_package(dnnl CONFIG QUIET)
-if(dnnl_FOUND)
-  set(FM_DNNL_TARGET DNNL::dnnl)
-else()
-  find_library(FM_DNNL_LIB NAMES dnnl libdnnl.so.3 libdnnl.so.2)
-  find_path(FM_DNNL_INCLUDE oneapi/dnnl/dnnl.h)
-  if(NOT FM_DNNL_LIB OR NOT FM_DNNL_INCLUDE)
-    message(FATAL_ERROR "fmserve (engine-only) needs oneDNN (Debian/Ubuntu package libdnnl-dev)")
-  endif()
-  add_library(fm_dnnl INTERFACE)
-  target_link_libraries(fm_dnnl INTERFACE ${FM_DNNL_LIB})
-  target_include_directories(fm_dnnl INTERFACE ${FM_DNNL_INCLUDE})
-  set(FM_DNNL_TARGET fm_dnnl)
+# oneDNN: the CPU engine. By library and header, not dnnl-config.cmake (which
+# demands OpenCL development files when the package was built with them).
+find_library(FM_DNNL_LIB NAMES dnnl libdnnl.so.3 libdnnl.so.2)
+find_path(FM_DNNL_INCLUDE oneapi/dnnl/dnnl.h)
+if(NOT FM_DNNL_LIB OR NOT FM_DNNL_INCLUDE)
+  message(FATAL_ERROR "fmserve (engine-only) needs oneDNN (Debian/Ubuntu package libdnnl-dev)")
 endif()
+add_library(fm_dnnl INTERFACE)
+target_link_libraries(fm_dnnl INTERFACE ${FM_DNNL_LIB})
+target_include_directories(fm_dnnl INTERFACE ${FM_DNNL_INCLUDE})
+set(FM_DNNL_TARGET fm_dnnl)
 
 find_library(FM_MATH_LIB m)
 
