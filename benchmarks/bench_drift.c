@@ -20,6 +20,7 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
+#include "bench_machine.h"
 #include "fm_db.h"
 #include "fm_drift.h"
 #include "fm_error.h"
@@ -29,35 +30,12 @@
 #include "fm_store_sync.h"
 #include "fm_time.h"
 
-#ifndef FM_BUILD_COMMIT
-#define FM_BUILD_COMMIT "unknown"
-#endif
-
 static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
 static uint32_t rng(void) {
     rng_state ^= rng_state << 13;
     rng_state ^= rng_state >> 7;
     rng_state ^= rng_state << 17;
     return (uint32_t)(rng_state >> 16);
-}
-
-static void cpu_model(char *out, size_t cap) {
-    snprintf(out, cap, "unknown");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (!f)
-        return;
-    char line[512];
-    while (fgets(line, sizeof line, f))
-        if (strncmp(line, "model name", 10) == 0) {
-            char *p = strchr(line, ':');
-            if (p) {
-                p += 2;
-                p[strcspn(p, "\n")] = '\0';
-                snprintf(out, cap, "%s", p);
-            }
-            break;
-        }
-    fclose(f);
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -231,7 +209,9 @@ int main(int argc, char **argv) {
     struct utsname u;
     uname(&u);
     char cpu[256];
-    cpu_model(cpu, sizeof cpu);
+    bench_cpu_model(cpu, sizeof cpu);
+    char commit[128];
+    bench_commit(commit, sizeof commit);
     char date[40];
     fm_rows_timestamp(date, sizeof date, fm_wall_us());
     fm_db_result_t *vres;
@@ -247,7 +227,7 @@ int main(int argc, char **argv) {
              "\"copy_only\":{\"rows\":%ld,\"seconds\":%.3f,\"rows_per_s\":%.0f},"
              "\"check_s\":{\"min\":%.3f,\"median\":%.3f,\"max\":%.3f,\"repeats\":%ld},"
              "\"run\":{\"features\":%d,\"drifted\":%d,\"share\":%.4f,\"dataset_drift\":%s}}",
-             date, FM_BUILD_COMMIT, cpu, sysconf(_SC_NPROCESSORS_ONLN), u.sysname, u.release, pgv, npred, sampled,
+             date, commit, cpu, sysconf(_SC_NPROCESSORS_ONLN), u.sysname, u.release, pgv, npred, sampled,
              minutes, train.n, ref_s, logged, ingest_s, (double)logged / ingest_s, (double)sampled / (double)logged,
              nplain, plain_s, (double)nplain / plain_s, times[0], times[repeats / 2], times[repeats - 1], repeats,
              run->features, run->drifted, run->share, run->dataset_drift ? "true" : "false");

@@ -19,6 +19,7 @@
 
 #include <cJSON.h>
 
+#include "bench_machine.h"
 #include "fm_backend.h"
 #include "fm_cpu_backend.h"
 #include "fm_error.h"
@@ -147,41 +148,6 @@ static fm_model_t *random_model(fm_arch_t arch) {
     return m;
 }
 
-static void cpu_model_name(char *buf, size_t len) {
-    snprintf(buf, len, "unknown CPU");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (!f)
-        return;
-    char line[512];
-    while (fgets(line, sizeof line, f))
-        if (strncmp(line, "model name", 10) == 0) {
-            char *v = strchr(line, ':');
-            if (v) {
-                v += 1 + (v[1] == ' ');
-                v[strcspn(v, "\n")] = 0;
-                snprintf(buf, len, "%s", v);
-            }
-            break;
-        }
-    fclose(f);
-}
-
-/* The commit the benchmark was run from: asked of git at run time (the build
- * may be older than the tree), else the one recorded at configure time. */
-static void git_commit(char *buf, size_t len) {
-    snprintf(buf, len, "%s", FM_BUILD_COMMIT);
-    FILE *p = popen("git -C '" FM_SOURCE_DIR "' describe --always --dirty --abbrev=12 2>/dev/null", "r");
-    if (!p)
-        return;
-    char line[128];
-    if (fgets(line, sizeof line, p)) {
-        line[strcspn(line, "\n")] = 0;
-        if (line[0])
-            snprintf(buf, len, "%s", line);
-    }
-    pclose(p);
-}
-
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
@@ -308,8 +274,8 @@ int main(int argc, char **argv) {
             max_batch = o.batches[i];
 
     char cpu[256], commit[128], date[64], engine_line[256] = "";
-    cpu_model_name(cpu, sizeof cpu);
-    git_commit(commit, sizeof commit);
+    bench_cpu_model(cpu, sizeof cpu);
+    bench_commit(commit, sizeof commit);
     time_t now = time(NULL);
     strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
     long cores = sysconf(_SC_NPROCESSORS_ONLN);

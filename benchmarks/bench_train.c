@@ -19,6 +19,7 @@
 
 #include <cJSON.h>
 
+#include "bench_machine.h"
 #include "fm_error.h"
 #include "fm_idx.h"
 #include "fm_model.h"
@@ -119,41 +120,6 @@ static int parse_args(int argc, char **argv, options_t *o) {
     return 0;
 }
 
-static void cpu_model_name(char *buf, size_t len) {
-    snprintf(buf, len, "unknown CPU");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (!f)
-        return;
-    char line[512];
-    while (fgets(line, sizeof line, f))
-        if (strncmp(line, "model name", 10) == 0) {
-            char *v = strchr(line, ':');
-            if (v) {
-                v += 1 + (v[1] == ' ');
-                v[strcspn(v, "\n")] = 0;
-                snprintf(buf, len, "%s", v);
-            }
-            break;
-        }
-    fclose(f);
-}
-
-/* The commit the benchmark runs from: asked of git at run time (the build may
- * be older than the tree), else the one recorded at configure time. */
-static void git_commit(char *buf, size_t len) {
-    snprintf(buf, len, "%s", FM_BUILD_COMMIT);
-    FILE *p = popen("git -C '" FM_SOURCE_DIR "' describe --always --dirty --abbrev=12 2>/dev/null", "r");
-    if (!p)
-        return;
-    char line[128];
-    if (fgets(line, sizeof line, p)) {
-        line[strcspn(line, "\n")] = 0;
-        if (line[0])
-            snprintf(buf, len, "%s", line);
-    }
-    pclose(p);
-}
-
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
@@ -215,8 +181,8 @@ int main(int argc, char **argv) {
         ds.n = o.images;
 
     char cpu[256], commit[128], date[64];
-    cpu_model_name(cpu, sizeof cpu);
-    git_commit(commit, sizeof commit);
+    bench_cpu_model(cpu, sizeof cpu);
+    bench_commit(commit, sizeof commit);
     time_t now = time(NULL);
     strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
     long cores = sysconf(_SC_NPROCESSORS_ONLN);

@@ -30,6 +30,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "bench_machine.h"
 #include "fm_aclient.h"
 #include "fm_db.h"
 #include "fm_error.h"
@@ -42,9 +43,6 @@
 #endif
 #ifndef FM_SOURCE_DIR
 #define FM_SOURCE_DIR "."
-#endif
-#ifndef FM_BUILD_COMMIT
-#define FM_BUILD_COMMIT "unknown"
 #endif
 
 typedef struct options {
@@ -663,24 +661,15 @@ int main(int argc, char **argv) {
     }
     struct utsname u;
     uname(&u);
-    char cpu[128] = "?";
-    FILE *ci = fopen("/proc/cpuinfo", "r");
-    if (ci) {
-        char line[256];
-        while (fgets(line, sizeof line, ci))
-            if (strncmp(line, "model name", 10) == 0) {
-                snprintf(cpu, sizeof cpu, "%s", strchr(line, ':') + 2);
-                cpu[strcspn(cpu, "\n")] = '\0';
-                break;
-            }
-        fclose(ci);
-    }
+    char cpu[128], commit[128];
+    bench_cpu_model(cpu, sizeof cpu);
+    bench_commit(commit, sizeof commit);
     time_t now = time(NULL);
     char date[32];
     strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     printf("bench_writer: %s, %ld cores, %s %s; %s; commit %s\n", cpu, cores, u.sysname, u.release, date,
-           FM_BUILD_COMMIT);
+           commit);
     printf("load: %d connections, %d images per request; no-log: closed loop, %d in flight per connection; "
            "logging: %.0f images/s offered%s; catch-up: %.0f images/s offered; fmserve, clients and PostgreSQL on "
            "this machine (the figures are indicative)\n\n",
@@ -731,7 +720,7 @@ int main(int argc, char **argv) {
         cJSON *j = cJSON_CreateObject();
         cJSON_AddStringToObject(j, "benchmark", "writer");
         cJSON_AddStringToObject(j, "date", date);
-        cJSON_AddStringToObject(j, "commit", FM_BUILD_COMMIT);
+        cJSON_AddStringToObject(j, "commit", commit);
         cJSON *m = cJSON_AddObjectToObject(j, "machine");
         cJSON_AddStringToObject(m, "cpu", cpu);
         cJSON_AddNumberToObject(m, "cores", (double)cores);

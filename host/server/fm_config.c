@@ -50,7 +50,7 @@ static const fm_option_t options[] = {
      "Compute backend: cuda when built and a GPU is present (auto), or forced."},
     {"cuda_device", "--cuda-device", "FM_CUDA_DEVICE", FM_OPT_INT, "0", 0, 63, NULL, F(cuda_device), 0,
      "CUDA device ordinal."},
-    {"cuda_streams", "--cuda-streams", "FM_CUDA_STREAMS", FM_OPT_INT, "2", 1, 16, NULL, F(cuda_streams), 0,
+    {"cuda_streams", "--cuda-streams", "FM_CUDA_STREAMS", FM_OPT_INT, "2", 1, 8, NULL, F(cuda_streams), 0,
      "CUDA streams, each with its own buffers; up to twice this many batches are in flight."},
     {"precision", "--precision", "FM_PRECISION", FM_OPT_ENUM, "fp32", 0, 0, "fp32|tf32|fp16|bf16", F(precision), 0,
      "Arithmetic of the compute backend (the CPU engine supports fp32 only)."},

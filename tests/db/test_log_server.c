@@ -584,7 +584,7 @@ static void test_killed_mid_spool(void) {
     int64_t rows = check_log_subset(url, &bg.l, 8, &unknown);
     fprintf(stderr,
             "  %zu images answered, %.0f spooled before the kill, %lld in the log after the replay "
-            "(%lld of requests in flight at the kill)\n",
+            "(%lld of them of requests in flight at the kill)\n",
             bg.l.images, spooled, (long long)rows, (long long)unknown);
     FM_CHECK(rows >= (int64_t)spooled);
     FM_CHECK(rows - unknown <= (int64_t)bg.l.images);
