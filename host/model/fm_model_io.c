@@ -265,10 +265,14 @@ int fm_model_load(const char *dir, fm_model_t **out) {
     if (!text)
         return rc;
     cJSON *meta = cJSON_Parse(text);
+    if (!meta) {
+        /* cJSON's error pointer points into `text`: report before freeing it. */
+        rc = fm_fail(FM_EFORMAT, "%s: not valid JSON (near \"%.20s\")", spath,
+                     cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() : "");
+        free(text);
+        return rc;
+    }
     free(text);
-    if (!meta)
-        return fm_fail(FM_EFORMAT, "%s: not valid JSON (near \"%.20s\")", spath,
-                       cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() : "");
     fm_model_t *m = NULL;
     fm_st_file_t st = {0};
     const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(meta, "format");

@@ -50,12 +50,14 @@ static size_t idx_header(uint8_t *buf, uint8_t type, int ndim, const uint32_t *d
 }
 
 /* Expects fm_idx_load(path) to fail with `code` and a detail naming the file. */
-static void expect_refused(const char *path, int code, const char *words) {
+/* Takes the path (from write_bytes) and frees it. */
+static void expect_refused(char *path, int code, const char *words) {
     fm_idx_t idx;
     FM_CHECK_ERR(fm_idx_load(path, 0, &idx), code);
     FM_CHECK_CONTAINS(fm_last_error(), path);
     FM_CHECK_CONTAINS(fm_last_error(), words);
     FM_CHECK(idx.data == NULL);
+    free(path);
 }
 
 static void test_fixture_loads(void) {
@@ -134,6 +136,7 @@ static void test_bad_headers(void) {
     char *p = write_bytes("rank3", buf, n, 0);
     FM_CHECK_ERR(fm_idx_load(p, 1, &idx), FM_ESHAPE);
     FM_CHECK_CONTAINS(fm_last_error(), "expected 1");
+    free(p);
 }
 
 static void test_truncated_and_trailing(void) {
@@ -161,6 +164,8 @@ static void test_truncated_and_trailing(void) {
     int rc = fm_idx_load(bad, 0, &idx);
     FM_CHECK(rc == FM_EFORMAT || rc == FM_ETRUNCATED);
     FM_CHECK_CONTAINS(fm_last_error(), bad);
+    free(bad);
+    free(whole);
     free(buf);
 }
 

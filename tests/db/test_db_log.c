@@ -34,8 +34,13 @@
 static fm_dataset_t fixtures;
 
 static const fm_dataset_t *images(void) {
-    if (!fixtures.n && fm_dataset_load(fm_test_path(fm_test_fixtures_dir(), "fashion-mnist"), "t10k", &fixtures) != 0)
-        return NULL;
+    if (!fixtures.n) {
+        char *dir = fm_test_path(fm_test_fixtures_dir(), "fashion-mnist");
+        int rc = fm_dataset_load(dir, "t10k", &fixtures);
+        free(dir);
+        if (rc != 0)
+            return NULL;
+    }
     return &fixtures;
 }
 
