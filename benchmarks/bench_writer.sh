@@ -29,7 +29,7 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
   ${BENCH_WRITER_ARGS:-} >"$out.log" 2>&1 || { cat "$out.log" >&2; exit 1; }
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 {
-  echo "# bench_writer $day (load average before: $load_before, after: $load_after; the machine was shared, so the figures are indicative)"
+  echo "# bench_writer $day (load average before: $load_before, after: $load_after; figures from one machine running the server, the load and PostgreSQL together)"
   echo "# PostgreSQL $("$FM_PG_BINDIR/postgres" --version | awk '{print $3}') started by tests/common/pg-harness.sh with fsync and synchronous_commit on; reproduce with: benchmarks/bench_writer.sh build"
   cat "$out.log"
 } >"$out.txt"

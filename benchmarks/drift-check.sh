@@ -25,7 +25,7 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 "$bench" --database-url "$url" --data "$data" --json "$out.json" ${BENCH_DRIFT_ARGS:-} 2>"$out.log"
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 {
-  echo "# bench_drift $day (load average before: $load_before, after: $load_after; the machine was shared, so the figures are indicative)"
+  echo "# bench_drift $day (load average before: $load_before, after: $load_after; figures from one machine running the server, the load and PostgreSQL together)"
   echo "# PostgreSQL $("$FM_PG_BINDIR/postgres" --version | awk '{print $3}') started by tests/common/pg-harness.sh with fsync and synchronous_commit on"
   grep -E '^bench_drift: (check|[0-9])| {13}drift check' "$out.log"
   echo

@@ -7,8 +7,8 @@
  * two [2^e, 2^(e+1)) is split into S equal buckets of width 2^(e-p). A
  * bucket's width is therefore at most 1/S of any value in it, so a reported
  * percentile v_rep and the exact one v satisfy v <= v_rep <= v * (1 + 2^-p).
- * Memory: 8 bytes x S x (log2(max_value) - p + 2); p = 10 over 1 µs .. 2^36 µs
- * (19 hours) is 28 x 1024 counters, 229 KiB.
+ * Memory: 8 bytes x (S x (log2(max_value) - p + 1) + 1); p = 10 over
+ * 1 µs .. 2^36 µs (19 hours) is 27,649 counters, 216 KiB.
  *
  * Ownership: fm_hdr_new allocates, fm_hdr_free frees. Not thread-safe: one
  * thread records into a histogram; merge with fm_hdr_add. */

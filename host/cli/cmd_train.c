@@ -258,8 +258,8 @@ static int build_config(const train_args_t *a, fm_train_config_t *cfg) {
  * thread exists (OpenMP's and oneDNN's threads inherit the mask) and taken
  * with sigwait() by a watcher thread. No signal is then ever delivered into a
  * running GEMM kernel: with asynchronous handlers, a signal landing in
- * oneDNN's sgemm corrupted the heap about once in ten interrupted runs on the
- * build machine (AMX-capable CPU, kernel 6.18). The watcher sets the stop
+ * oneDNN's sgemm corrupted the heap about once in ten interrupted runs on
+ * a test machine (AMX-capable CPU, kernel 6.18). The watcher sets the stop
  * flag the trainer polls before every batch; a second signal exits at once. */
 
 static volatile sig_atomic_t stop_requested;

@@ -295,12 +295,10 @@ def check_dockerfiles(root):
 # ---- compose -----------------------------------------------------------------
 
 def drain_seconds(env):
-    """The server's drain timeout in seconds from an environment mapping:
-    FM_DRAIN_TIMEOUT_MS (fmserve's option), or FM_DRAIN_TIMEOUT_S; None if unset."""
+    """The server's drain timeout in seconds from an environment mapping
+    (fmserve's FM_DRAIN_TIMEOUT_MS); None if unset."""
     if env.get("FM_DRAIN_TIMEOUT_MS") is not None:
         return int(env["FM_DRAIN_TIMEOUT_MS"]) / 1000.0
-    if env.get("FM_DRAIN_TIMEOUT_S") is not None:
-        return float(env["FM_DRAIN_TIMEOUT_S"])
     return None
 
 
