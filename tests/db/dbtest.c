@@ -10,6 +10,7 @@
 #include "fm_error.h"
 #include "fm_migrate.h"
 #include "fm_pg.h"
+#include "fm_test.h"
 
 int dbtest_open(const char *name, fm_db_t **db, char *url, size_t cap) {
     char u[512];
@@ -177,4 +178,16 @@ int dbtest_rollups_vs_rebuild(fm_db_t *db, const char *since, const char *until,
     }
     fm_db_result_free(r);
     return rc;
+}
+
+const fm_dataset_t *dbtest_fixture_images(void) {
+    static fm_dataset_t fixtures;
+    if (!fixtures.n) {
+        char *dir = fm_test_path(fm_test_fixtures_dir(), "fashion-mnist");
+        int rc = fm_dataset_load(dir, "t10k", &fixtures);
+        free(dir);
+        if (rc != 0)
+            return NULL;
+    }
+    return &fixtures;
 }

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "fm_db.h"
+#include "fm_idx.h"
 
 /* Creates database `name` on the test program's throwaway server, connects
  * and applies the migrations. Returns 0; FM_EUNSUPPORTED when there is no
@@ -22,6 +23,10 @@ int dbtest_run(const char *cmdline, char **out);
 /* The Python interpreter of $FM_TEST_PYTHON when it imports numpy and scipy,
  * else NULL with the reason in *why (static text). */
 const char *dbtest_python(const char **why);
+
+/* The committed fixture test images (tests/fixtures/fashion-mnist, t10k),
+ * loaded once per test program; NULL with the error recorded on failure. */
+const fm_dataset_t *dbtest_fixture_images(void);
 
 /* Path of the fmctl binary under test. */
 const char *dbtest_fmctl(void);

@@ -31,19 +31,6 @@
         FM_REQUIRE_OK(rc_);                                                     \
     } while (0)
 
-static fm_dataset_t fixtures;
-
-static const fm_dataset_t *images(void) {
-    if (!fixtures.n) {
-        char *dir = fm_test_path(fm_test_fixtures_dir(), "fashion-mnist");
-        int rc = fm_dataset_load(dir, "t10k", &fixtures);
-        free(dir);
-        if (rc != 0)
-            return NULL;
-    }
-    return &fixtures;
-}
-
 /* Request ids are UUIDv7s; the tests number theirs: id n is the UUIDv7 of
  * T0's millisecond with n in its last bits, so ids sort as their numbers. */
 static void set_id(uint8_t out[FM_UUID_BYTES], int64_t n) { fm_uuid7_make(T0_US / 1000, 0, (uint64_t)n, out); }
@@ -84,7 +71,7 @@ static void roundtrip(int binary) {
     fm_db_t *db;
     char url[512];
     OPEN_DB(binary ? "log_binary" : "log_text", db, url);
-    const fm_dataset_t *ds = images();
+    const fm_dataset_t *ds = dbtest_fixture_images();
     FM_REQUIRE(ds);
     /* A version with every character COPY text must escape. */
     const char *version = "v1\\tab\there\nnew\rline-é";
@@ -189,7 +176,7 @@ static void test_features_c_equal_sql(void) {
     fm_db_t *db;
     char url[512];
     OPEN_DB("log_features", db, url);
-    const fm_dataset_t *ds = images();
+    const fm_dataset_t *ds = dbtest_fixture_images();
     FM_REQUIRE(ds);
     /* The fixtures plus the edge cases: black, white, one lit pixel. */
     enum { EXTRA = 3 };
@@ -275,7 +262,7 @@ static void check_rollups_equal_raw(fm_db_t *db, const char *s, const char *e, c
 
 /* Logs `minutes` minutes of traffic for two versions, every 7th image sampled. */
 static void log_traffic(fm_db_t *db, int minutes, int per_minute, int64_t first_id) {
-    const fm_dataset_t *ds = images();
+    const fm_dataset_t *ds = dbtest_fixture_images();
     FM_REQUIRE(ds);
     size_t n = (size_t)minutes * per_minute * 2;
     fm_prediction_row_t *rows = calloc(n, sizeof *rows);
@@ -352,7 +339,7 @@ static void test_writer_applies_closed_buckets(void) {
     fm_db_t *db;
     char url[512];
     OPEN_DB("log_close", db, url);
-    const fm_dataset_t *ds = images();
+    const fm_dataset_t *ds = dbtest_fixture_images();
     FM_REQUIRE(ds);
     fm_store_writer_t *w;
     FM_REQUIRE_OK(fm_store_writer_new(db, 1, &w));
@@ -391,7 +378,7 @@ static void test_writer_failed_batch_leaves_nothing(void) {
     fm_db_t *db;
     char url[512];
     OPEN_DB("log_fail", db, url);
-    const fm_dataset_t *ds = images();
+    const fm_dataset_t *ds = dbtest_fixture_images();
     FM_REQUIRE(ds);
     fm_store_writer_t *w;
     FM_REQUIRE_OK(fm_store_writer_new(db, 0, &w));

@@ -43,22 +43,9 @@
         FM_REQUIRE_OK(rc_);                                                     \
     } while (0)
 
-static fm_dataset_t fixtures;
-
-static const fm_dataset_t *images(void) {
-    if (!fixtures.n) {
-        char *dir = fm_test_path(fm_test_fixtures_dir(), "fashion-mnist");
-        int rc = fm_dataset_load(dir, "t10k", &fixtures);
-        free(dir);
-        if (rc != 0)
-            return NULL;
-    }
-    return &fixtures;
-}
-
 /* n rows from `first` on, one per 100 ms from ts0, every 3rd image sampled. */
 static void make_rows(fm_prediction_row_t *rows, const uint8_t **imgs, int first, int n, int64_t ts0) {
-    const fm_dataset_t *ds = images();
+    const fm_dataset_t *ds = dbtest_fixture_images();
     for (int k = 0; k < n; k++) {
         int i = first + k;
         fm_prediction_row_t *r = &rows[k];
@@ -97,7 +84,7 @@ static void test_duplicate_batch_skipped(void) {
     fm_db_t *db;
     char url[512];
     OPEN_DB("dup_batch", db, url);
-    FM_REQUIRE(images());
+    FM_REQUIRE(dbtest_fixture_images());
     enum { N = 300 };
     fm_prediction_row_t rows[N];
     const uint8_t *imgs[N];
@@ -136,8 +123,8 @@ static void test_delta_applied_once(void) {
     OPEN_DB("dup_delta", db, url);
     fm_pixel_hist_t *h = fm_pixel_hist_new();
     fm_pred_hist_t ph = {0};
-    FM_REQUIRE(h && images());
-    fm_pixel_hist_add(h, images()->images, 4);
+    FM_REQUIRE(h && dbtest_fixture_images());
+    fm_pixel_hist_add(h, dbtest_fixture_images()->images, 4);
     ph.predictions = 4;
     ph.classes[2] = 4;
     ph.conf[5000] = 4;
@@ -254,7 +241,7 @@ static void test_lost_commit_reply(void) {
     fm_db_t *db;
     char url[512];
     OPEN_DB("lost_commit", db, url);
-    FM_REQUIRE(images());
+    FM_REQUIRE(dbtest_fixture_images());
     proxy_t px;
     FM_REQUIRE(proxy_start(&px, fm_pg_port(fm_pg_shared())) == 0);
     char purl[600];
@@ -391,7 +378,7 @@ static void test_accuracy_function(void) {
     fm_db_t *db;
     char url[512];
     OPEN_DB("accuracy", db, url);
-    FM_REQUIRE(images());
+    FM_REQUIRE(dbtest_fixture_images());
     /* 60 predictions over 6 s (100 ms apart), feedback on 40 of them: for
      * v1 (even i) labels right when i % 4 == 0, for v2 right when i % 3 != 0. */
     enum { N = 60 };

@@ -355,3 +355,12 @@ double fm_srv_metric(const char *text, const char *prefix) {
     }
     return found ? sum : -1;
 }
+
+const char *fm_srv_python(void) {
+    const char *py = getenv("FM_TEST_PYTHON");
+    if (!py || access(py, X_OK) != 0)
+        return NULL;
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "'%s' -c 'import msgpack' >/dev/null 2>&1", py);
+    return system(cmd) == 0 ? py : NULL;
+}

@@ -57,6 +57,10 @@ int fm_srv_http_get(int port, const char *path, char **body);
 /* Sends `request` as it is on the HTTP port; status code (or -1) and body. */
 int fm_srv_http_raw(int port, const char *request, char **body);
 
+/* The test virtual environment's Python ($FM_TEST_PYTHON) when it runs and
+ * imports msgpack, else NULL (the case should skip). */
+const char *fm_srv_python(void);
+
 /* The committed fixture test images (1,000, with labels). */
 int fm_srv_fixture(fm_dataset_t *ds);
 /* Labels and confidences from the CPU engine, in process. */

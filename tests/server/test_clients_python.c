@@ -13,15 +13,6 @@
 #include "fm_srv_harness.h"
 #include "fm_test.h"
 
-static const char *python(void) {
-    const char *py = getenv("FM_TEST_PYTHON");
-    if (!py || access(py, X_OK) != 0)
-        return NULL;
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "'%s' -c 'import msgpack' >/dev/null 2>&1", py);
-    return system(cmd) == 0 ? py : NULL;
-}
-
 /* The first ```python block after the "tested:" marker. */
 static char *extract_example(void) {
     char *path = fm_test_path(FM_SOURCE_DIR, "docs/clients.md");
@@ -76,7 +67,7 @@ static int run_python(const char *py, const char *script, const char *addr, cons
 }
 
 static void test_documented_example(void) {
-    const char *py = python();
+    const char *py = fm_srv_python();
     if (!py)
         FM_TEST_SKIP("FM_TEST_PYTHON is unset or its Python lacks the msgpack package (scripts/test-env.sh makes it)");
     char *code = extract_example();

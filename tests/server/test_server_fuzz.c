@@ -19,15 +19,6 @@
 
 #define ADMIN_TOKEN "fuzz-admin-token"
 
-static const char *python(void) {
-    const char *py = getenv("FM_TEST_PYTHON");
-    if (!py || access(py, X_OK) != 0)
-        return NULL;
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "'%s' -c 'import msgpack' >/dev/null 2>&1", py);
-    return system(cmd) == 0 ? py : NULL;
-}
-
 /* Open RPC connections, from /metrics (-1 when unreadable). */
 static double open_connections(const fm_srv_t *s) {
     char *body = NULL;
@@ -39,7 +30,7 @@ static double open_connections(const fm_srv_t *s) {
 }
 
 static void run_fuzz(unsigned seed, int seconds) {
-    const char *py = python();
+    const char *py = fm_srv_python();
     if (!py)
         FM_TEST_SKIP("no test Python with msgpack (FM_TEST_PYTHON; scripts/test-env.sh makes it)");
     char *v1 = fm_test_path(fm_srv_models_dir(), "v1"), *v2 = fm_test_path(fm_srv_models_dir(), "v2");
